@@ -132,7 +132,9 @@ class Run:
         self.old_acc.append(old)
         self.new_acc.append(new)
 
-    def execute(self) -> Result:
+    def execute(self, stop_after: Optional[int] = None) -> Result:
+        """Run the remaining tasks (only up to task ``stop_after - 1`` if given; the checkpoint
+        lets a later ``resume`` continue) and return the result so far."""
         cfg, s = self.cfg, self.scenario
         self.out_dir.mkdir(parents=True, exist_ok=True)
         resumed = cfg.resume and self.restore()
@@ -140,7 +142,8 @@ class Run:
             # a fresh run in a folder with an old checkpoint: check it is ours before replacing it
             load_checkpoint(self.checkpoint_path, cfg.fingerprint())
         atomic_write_text(self.out_dir / CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        bar = tqdm(range(self.next_task, s.num_tasks), desc=f"{cfg.method} tasks", disable=not cfg.progress)
+        last = s.num_tasks if stop_after is None else min(stop_after, s.num_tasks)
+        bar = tqdm(range(self.next_task, last), desc=f"{cfg.method} tasks", disable=not cfg.progress)
         for t in bar:
             start_epoch = self.start_epoch if t == self.next_task else 0
             if start_epoch == 0 or not resumed:
@@ -164,7 +167,8 @@ class Run:
             self.save(t + 1, 0)
             bar.set_postfix(acc=f"{self.step_acc[-1]:.1f}")
         result = self.result()
-        result.to_json(self.out_dir / RESULT)
+        if len(self.step_acc) == s.num_tasks:
+            result.to_json(self.out_dir / RESULT)
         return result
 
     def result(self) -> Result:

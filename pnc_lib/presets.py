@@ -20,14 +20,18 @@ DEFAULT_SPLITS = {
 }
 
 TINY_CLIP = "pnc-tiny-clip"
+# smoke/quick CLIP weights: the tiny CLIP pretrained on `shapes` (pnc_lib.clip.pretrain, size = the
+# preset) on shapes; random initialisation elsewhere. "random-init" asks for random weights
+# explicitly (a field left at None would be filled from the preset).
+SHAPES_CLIP = "pnc-shapes"
 
 
 def _network_defaults(preset: str, dataset: str) -> dict:
     small = dataset in ("digits", "features")
     if preset == "smoke":
-        return dict(epochs=3, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
-                    weight_decay_later=5e-4, lr_milestones=[], lr_gamma=0.1, grad_clip=1.0,
-                    augment=False, memory_budget=40 if small else 200,
+        return dict(epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
+                    weight_decay_later=5e-4, lr_milestones=[4], lr_gamma=0.1, grad_clip=1.0,
+                    augment=False, memory_budget=100 if small else 200,
                     backbone="cnn", width=8, blocks=1, module_width=16,
                     adapt_hidden=32, adapt_out=32, kd_epochs=None,
                     dataset_kwargs={"num_classes": 20, "train_per_class": 40, "test_per_class": 20}
@@ -63,7 +67,8 @@ def _clip_defaults(preset: str, dataset: str) -> dict:
                     weight_decay=0.0, grad_clip=0.0, dataset_kwargs={})
     return dict(epochs=2 if preset == "smoke" else 8, batch_size=64, lr=1e-3,
                 lr_milestones=[] if preset == "smoke" else [3, 6], lr_gamma=0.1,
-                clip_model=TINY_CLIP, clip_pretrained=None, pseudo_per_class=32 if preset == "smoke" else 64,
+                clip_model=TINY_CLIP, clip_pretrained=SHAPES_CLIP if dataset == "shapes" else "random-init",
+                pseudo_per_class=32 if preset == "smoke" else 64,
                 hard_pair_threshold=0.55, templates=["a good photo of a {}."], memory_budget=0,
                 augment=False, weight_decay=0.0, grad_clip=0.0,
                 dataset_kwargs={"num_classes": 20, "train_per_class": 40 if preset == "smoke" else 120,
