@@ -197,10 +197,12 @@ def resolve_config(cfg: Config) -> Config:
     if cfg.backbone == "auto":
         data["backbone"] = defaults.get("backbone", "cnn")
     out = Config(**data)
-    for name in ("epochs", "batch_size", "base", "increment"):
+    for name in ("epochs", "batch_size", "increment"):
         v = getattr(out, name)
         if v is not None and v < 1:
             problems.append(f"{name} must be >= 1, got {v}")
+    if out.base is not None and out.base < 0:
+        problems.append(f"base must be >= 0 (0 means B0: the first task has `increment` classes), got {out.base}")
     if out.memory_budget is not None and out.memory_budget < 0:
         problems.append(f"memory_budget must be >= 0, got {out.memory_budget}")
     if out.lr is not None and out.lr <= 0:

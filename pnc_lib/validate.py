@@ -28,7 +28,7 @@ def validate_config(cfg: Config) -> Scenario:
     except ValueError as exc:
         raise ConfigError(problems + [str(exc)]) from exc
     try:
-        method_class(cfg.method)(cfg, scenario, device)
+        method_class(cfg.method)(cfg, scenario, device).dry_run()
     except DataNotFoundError:
         raise
     except Exception as exc:  # any failure to build the model is a config problem

@@ -65,6 +65,9 @@ class Method:
         """Feature vectors (n, d) used for herding, t-SNE and neural-collapse diagnostics."""
         raise NotImplementedError
 
+    def dry_run(self) -> None:
+        """Build what task 0 needs and push one tiny batch through it (config validation)."""
+
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "seen": self.seen, "task": self.task}
 
@@ -134,6 +137,15 @@ class NetworkMethod(Method):
         history = self.trainer.run(epoch_fn, ctx, desc=f"task {ctx.task}")
         self.trainer = None
         return {"final_loss": history[-1].get("loss") if history else None, "epochs": len(history)}
+
+    @torch.no_grad()
+    def dry_run(self):
+        self.begin_task(0)
+        self.model.eval()
+        x, _, _ = next(iter(self._batches("train", self.scenario.indices("train", task=0)[:2], False)))
+        out = self.logits(x)
+        if out.shape != (x.shape[0], self.seen) and out.shape[0] != x.shape[0]:
+            raise ValueError(f"the model returns logits of shape {tuple(out.shape)} for a batch of {x.shape[0]}")
 
     @torch.no_grad()
     def predict(self, split, indices):
