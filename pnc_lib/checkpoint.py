@@ -17,7 +17,8 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used (corrupt, truncated, or from another config)."""
 
 
-def _atomic_replace(path: Path, write) -> None:
+def atomic_replace(path: Path, write) -> None:
+    """Call ``write(f)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
@@ -34,12 +35,12 @@ def _atomic_replace(path: Path, write) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_replace(path, lambda f: f.write(text.encode()))
+    atomic_replace(path, lambda f: f.write(text.encode()))
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
     payload = dict(payload, _complete=True)
-    _atomic_replace(path, lambda f: torch.save(payload, f))
+    atomic_replace(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: Path, fingerprint: dict = None) -> dict:

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Optional
@@ -30,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..checkpoint import atomic_replace
 from ..paths import cache_dir as _cache_root
 
 #: counters over the life of the process: images encoded, cache hits, cache builds, rebuilds
@@ -130,17 +129,7 @@ def _load(path: Path, key: str, n: int) -> torch.Tensor:
 def _save(path: Path, key: str, feats: torch.Tensor, record: dict) -> None:
     payload = {"features": feats.contiguous(), "key": key, "shape": list(feats.shape),
                "checksum": tensor_checksum(feats), "record": json.dumps(record, sort_keys=True, default=str)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_replace(path, lambda f: torch.save(payload, f))
 
 
 def cached_features(bundle, split_data, key_parts: dict, batch_size: int = 256, device=None,
