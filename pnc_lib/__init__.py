@@ -7,6 +7,6 @@ from .config import Config, ConfigError, make_config  # noqa: F401
 from .engine import run  # noqa: F401
 from .result import Result  # noqa: F401
 from .scenario import Scenario, ScenarioError, make_scenario  # noqa: F401
-from . import etf, fusion, losses, metrics  # noqa: F401
+from . import book, etf, fusion, losses, metrics  # noqa: F401
 
 __version__ = "0.1.0"

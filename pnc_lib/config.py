@@ -58,6 +58,7 @@ class Config:
     grad_clip: Optional[float] = None
     augment: Optional[bool] = None
     num_workers: int = 0
+    threads: Optional[int] = None     # CPU threads for torch during the run (None: torch's default)
     eval_batch_size: int = 512
     # memory and model
     memory_budget: Optional[int] = None
@@ -99,7 +100,7 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def fingerprint(self, ignore=("out_dir", "resume", "progress", "device", "num_workers",
+    def fingerprint(self, ignore=("out_dir", "resume", "progress", "device", "num_workers", "threads",
                                   "eval_batch_size", "checkpoint_every", "cache_dir")) -> dict:
         """The settings that define the numbers of a run (a checkpoint must match them)."""
         return {k: v for k, v in self.to_dict().items() if k not in ignore}
