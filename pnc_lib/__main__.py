@@ -3,6 +3,7 @@
     python -m pnc_lib run CONFIG.yaml [--preset P] [--set key=value ...] [--out DIR] [--resume]
     python -m pnc_lib list
     python -m pnc_lib report RUN_DIR
+    torchrun --nproc_per_node=N -m pnc_lib run CONFIG.yaml [...]   # N processes (GPUs), one run
 
 Exit codes: 0 success, 2 invalid config or arguments, 3 missing data or weights,
 4 unusable checkpoint, 5 training diverged (NaN/inf loss).
@@ -10,7 +11,10 @@ Exit codes: 0 success, 2 invalid config or arguments, 3 missing data or weights,
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+import warnings
 from pathlib import Path
 
 import yaml
@@ -36,6 +40,16 @@ def parse_set(pairs):
 
 
 def cmd_run(args) -> int:
+    from . import distributed
+
+    try:
+        return _cmd_run(args)
+    finally:
+        distributed.cleanup()   # leaves torchrun's process group (nothing to do in one process)
+
+
+def _cmd_run(args) -> int:
+    from . import distributed
     from .checkpoint import CheckpointError
     from .config import ConfigError, load_config, resolve_config
     from .data.datasets import DataNotFoundError
@@ -43,6 +57,12 @@ def cmd_run(args) -> int:
     from .methods.training import TrainingDiverged
     from .validate import validate_config
 
+    # under torchrun every rank meets the same errors and results: rank 0 prints them
+    main_rank = not distributed.launched() or os.environ.get("RANK", "0") == "0"
+    say = print if main_rank else (lambda *a, **k: None)
+    if not main_rank:
+        logging.disable(logging.WARNING)   # library logs and warnings too: rank 0 speaks for all
+        warnings.simplefilter("ignore")
     try:
         overrides = parse_set(args.set)
         if args.preset:
@@ -52,29 +72,32 @@ def cmd_run(args) -> int:
         if args.resume:
             overrides["resume"] = True
         cfg = resolve_config(load_config(args.config, **overrides))
-        scenario = validate_config(cfg)
+        dctx = distributed.init(cfg.device)   # under torchrun: join the process group (nccl/gloo)
+        with distributed.main_first():   # rank 0 validates first (it may download data or weights)
+            scenario = validate_config(cfg)
     except (ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except DataNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", file=sys.stderr)
         return EXIT_DATA
     try:
         run = Run(cfg, scenario=scenario)
-        print(f"run folder: {run.out_dir}")
+        say(f"run folder: {run.out_dir}" + (f" ({dctx.world_size} processes, {dctx.backend})"
+                                            if dctx.enabled else ""))
         result = run.execute()
     except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", file=sys.stderr)
         return EXIT_CHECKPOINT
     except TrainingDiverged as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", file=sys.stderr)
         return EXIT_DIVERGED
     except DataNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", file=sys.stderr)
         return EXIT_DATA
-    print(result)
+    say(result)
     from .report import metrics_table
-    print(metrics_table(result))
+    say(metrics_table(result))
     return 0
 
 

@@ -2,6 +2,10 @@
 on the test data of all seen classes, fills the accuracy matrix, updates the exemplar memory,
 and writes a checkpoint and the results JSON into the run's output folder.
 
+Under torchrun the same loop runs in every process (see :mod:`pnc_lib.distributed`): training
+is data-parallel, evaluation is split over the ranks and gathered, and rank 0 alone herds the
+memory (then broadcast), writes the checkpoints, the config and the results, and shows progress.
+
 A method supplies only what differs (see :mod:`pnc_lib.methods.base`).
 """
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from . import metrics
+from . import distributed, metrics
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .config import Config, make_config
 from .memory import ExemplarMemory
@@ -31,11 +35,12 @@ CONFIG = "config.yaml"
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device of a config's ``device``; under torchrun, ``cuda`` is this rank's GPU (LOCAL_RANK)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.local_device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device={name!r} was asked for but no CUDA GPU is available; use device: cpu")
-    return torch.device(name)
+    return distributed.local_device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -66,8 +71,12 @@ class Run:
         cfg = self.cfg
         self.out_dir = Path(cfg.out_dir or Path("runs") / f"{cfg.run_name}_{cfg.digest()}")
         self.device = resolve_device(cfg.device)
+        self.dist = distributed.init(self.device)   # joins torchrun's process group; no-op otherwise
         seed_everything(cfg.seed)
-        self.scenario = scenario if scenario is not None else scenario_for(cfg)
+        if scenario is None:
+            with distributed.main_first():   # rank 0 downloads the data first
+                scenario = scenario_for(cfg)
+        self.scenario = scenario
         self.method = method_class(cfg.method)(cfg, self.scenario, self.device)
         uses_memory = self.method.data_policy == "memory" and (cfg.memory_budget or 0) > 0
         self.memory = ExemplarMemory(cfg.memory_budget) if uses_memory else None
@@ -90,6 +99,8 @@ class Run:
                 "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state()}
 
     def save(self, next_task: int, epoch: int = 0) -> None:
+        if not self.dist.is_main:   # one checkpoint, written by rank 0 (every rank has the same state)
+            return
         save_checkpoint(self.checkpoint_path, self._payload(next_task, epoch))
 
     def restore(self) -> bool:
@@ -124,7 +135,8 @@ class Run:
     def evaluate(self, task: int) -> None:
         s = self.scenario
         test_idx = s.indices("test", upto=task)
-        preds = self.method.predict("test", test_idx).numpy()
+        # under torchrun each rank predicts a slice; all predictions, in order, on every rank
+        preds = distributed.gather_in_order(lambda idx: self.method.predict("test", idx), test_idx).numpy()
         targets = s.test.y[test_idx].numpy()
         self.R[task, :task + 1] = metrics.task_accuracies(preds, targets, s.bounds[:task + 2])
         self.step_acc.append(metrics.accuracy(preds, targets))
@@ -135,22 +147,25 @@ class Run:
     def execute(self, stop_after: Optional[int] = None) -> Result:
         """Run the remaining tasks (only up to task ``stop_after - 1`` if given; the checkpoint
         lets a later ``resume`` continue) and return the result so far."""
-        cfg, s = self.cfg, self.scenario
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        resumed = cfg.resume and self.restore()
-        if not resumed and self.checkpoint_path.exists():
+        cfg, s, main = self.cfg, self.scenario, self.dist.is_main
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        resumed = (cfg.resume and self.restore()) or self.next_task > 0   # every rank loads the checkpoint
+        if not resumed and self.checkpoint_path.exists() and self.next_task == 0:
             # a fresh run in a folder with an old checkpoint: check it is ours before replacing it
             load_checkpoint(self.checkpoint_path, cfg.fingerprint())
-        atomic_write_text(self.out_dir / CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if main:
+            atomic_write_text(self.out_dir / CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        progress = cfg.progress and main
         last = s.num_tasks if stop_after is None else min(stop_after, s.num_tasks)
-        bar = tqdm(range(self.next_task, last), desc=f"{cfg.method} tasks", disable=not cfg.progress)
+        bar = tqdm(range(self.next_task, last), desc=f"{cfg.method} tasks", disable=not progress)
         for t in bar:
             start_epoch = self.start_epoch if t == self.next_task else 0
             if start_epoch == 0 or not resumed:
                 self.method.begin_task(t)
             ctx = TaskContext(task=t, indices=training_indices(self.method.data_policy, s, t, self.memory),
                               new_classes=s.task_classes(t), seen_classes=s.seen_classes(t),
-                              progress=cfg.progress, start_epoch=start_epoch, epoch_end=self._epoch_end(t))
+                              progress=progress, start_epoch=start_epoch, epoch_end=self._epoch_end(t))
             t0 = time.perf_counter()
             info = dict(self.method.train_task(ctx) or {})
             info.update(self.method.end_task(t) or {})
@@ -158,17 +173,22 @@ class Run:
             self.evaluate(t)
             t2 = time.perf_counter()
             if self.memory is not None:
-                self.memory.update(s.train.y, s.task_classes(t), s.seen_classes(t),
-                                   lambda idx: self.method.features("train", idx))
+                if main:   # herding on rank 0, then the same memory on every rank
+                    self.memory.update(s.train.y, s.task_classes(t), s.seen_classes(t),
+                                       lambda idx: self.method.features("train", idx))
+                if self.dist.enabled:
+                    self.memory.load_state_dict(distributed.broadcast_object(self.memory.state_dict()))
                 info["memory_size"] = int(len(self.memory.indices))
             t3 = time.perf_counter()
             self.timings.append({"train_s": t1 - t0, "eval_s": t2 - t1, "memory_s": t3 - t2})
             self.task_info.append(info)
             self.save(t + 1, 0)
+            self.next_task, self.start_epoch = t + 1, 0
             bar.set_postfix(acc=f"{self.step_acc[-1]:.1f}")
         result = self.result()
-        if len(self.step_acc) == s.num_tasks:
+        if len(self.step_acc) == s.num_tasks and main:
             result.to_json(self.out_dir / RESULT)
+        distributed.barrier()   # every rank returns once rank 0's files are written
         return result
 
     def result(self) -> Result:

@@ -89,3 +89,10 @@ def test_quick_digits_ordering_joint_replay_finetune(tmp_path):
     print({m: (round(aia[m], 2), round(r.forgetting, 2)) for m, r in res.items()})
     assert aia["joint"] > aia["replay"] > aia["finetune"]
     assert res["finetune"].forgetting > 50 and res["replay"].forgetting < res["finetune"].forgetting / 3
+
+
+def test_execute_in_steps_continues_where_it_stopped(tmp_path):
+    full = pnc_lib.run(smoke("replay", out_dir=str(tmp_path / "full")))
+    run = pnc_lib.engine.Run(pnc_lib.make_config(smoke("replay", out_dir=str(tmp_path / "steps"))))
+    assert len(run.execute(stop_after=2).step_accuracy) == 2
+    np.testing.assert_array_equal(run.execute().acc_matrix, full.acc_matrix)

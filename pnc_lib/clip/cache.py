@@ -84,11 +84,12 @@ def cache_key(bundle, split_data, key_parts: dict) -> tuple:
     return hashlib.sha256(blob.encode()).hexdigest(), record
 
 
-def _image_batches(split_data, bundle, batch_size: int, num_workers: int = 0):
-    """(B, C, H, W) [0, 1] batches in dataset order."""
+def _image_batches(split_data, bundle, batch_size: int, num_workers: int = 0, lo: int = 0, hi: int = None):
+    """(B, C, H, W) [0, 1] batches in dataset order (of the images ``lo:hi``, all by default)."""
+    hi = len(split_data) if hi is None else hi
     if split_data.x is not None:
-        for start in range(0, len(split_data), batch_size):
-            yield split_data.x[start:start + batch_size]
+        for start in range(lo, hi, batch_size):
+            yield split_data.x[start:min(start + batch_size, hi)]
         return
     from torchvision import transforms
 
@@ -100,10 +101,10 @@ def _image_batches(split_data, bundle, batch_size: int, num_workers: int = 0):
 
     class _Files(torch.utils.data.Dataset):
         def __len__(self):
-            return len(base.samples)
+            return hi - lo
 
         def __getitem__(self, i):
-            return tf(loader_fn(base.samples[i][0]).convert("RGB"))
+            return tf(loader_fn(base.samples[lo + i][0]).convert("RGB"))
 
     yield from torch.utils.data.DataLoader(_Files(), batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
@@ -141,26 +142,39 @@ def cached_features(bundle, split_data, key_parts: dict, batch_size: int = 256, 
     Loaded from the cache when a valid file exists, else computed with ``encoder(x) -> (B, d)``
     (default: :func:`pnc_lib.clip.model.encode_images` with ``bundle``) and stored.
     ``device`` is where the model runs (the bundle's device by default).
+
+    Under torchrun (:mod:`pnc_lib.distributed`) every rank must call this: rank 0 checks the
+    file; to build it, each rank encodes a slice of the images (cut at batch boundaries, so the
+    batches are those of one process), rank 0 gathers the slices and writes the file once,
+    and the other ranks read it.
     """
+    from .. import distributed
     from .model import encode_images
 
+    d = distributed.context()
     key, record = cache_key(bundle, split_data, key_parts)
     path = features_dir(cache_dir) / f"{key}.pt"
     n = len(split_data)
-    if path.exists():
+    feats = None
+    if d.is_main and path.exists():
         try:
             feats = _load(path, key, n)
             STATS["hits"] += 1
-            return feats
         except CacheCorrupt as exc:
             STATS["rebuilds"] += 1
             warnings.warn(f"feature cache file {path} is corrupt or incomplete ({exc}); recomputing it",
                           RuntimeWarning, stacklevel=2)
+    if distributed.broadcast_object(feats is not None):   # a valid file (rank 0 decides)
+        if not d.is_main:
+            feats = _load(path, key, n)
+            STATS["hits"] += 1
+        return feats
     encode = encoder or (lambda x: encode_images(bundle, x))
+    lo, hi = distributed.shard_range(n, batch_size)   # (0, n) in a single process
     out = []
     desc = f"CLIP features {key_parts.get('dataset', '')}/{key_parts.get('split', '')}"
-    with tqdm(total=n, desc=desc, disable=not progress, leave=False) as bar:
-        for x in _image_batches(split_data, bundle, batch_size, num_workers):
+    with tqdm(total=hi - lo, desc=desc, disable=not progress or not d.is_main, leave=False) as bar:
+        for x in _image_batches(split_data, bundle, batch_size, num_workers, lo, hi):
             if device is not None:
                 x = x.to(device)
             with torch.no_grad():
@@ -169,8 +183,16 @@ def cached_features(bundle, split_data, key_parts: dict, batch_size: int = 256, 
             STATS["images_encoded"] += int(x.shape[0])
             bar.update(int(x.shape[0]))
     feats = torch.cat(out) if out else torch.zeros(0, 0)
-    if feats.shape[0] != n:
-        raise RuntimeError(f"encoded {feats.shape[0]} images for a split of {n}")
-    _save(path, key, feats, record)
-    STATS["builds"] += 1
+    if d.enabled:   # rank 0 assembles the slices in order and writes the file; the others read it
+        parts = distributed.gather_object(feats)
+        if d.is_main:
+            feats = torch.cat([p for p in parts if p.shape[0] > 0]) if n else feats
+    if d.is_main:
+        if feats.shape[0] != n:
+            raise RuntimeError(f"encoded {feats.shape[0]} images for a split of {n}")
+        _save(path, key, feats, record)
+        STATS["builds"] += 1
+    distributed.barrier()
+    if not d.is_main:
+        feats = _load(path, key, n)
     return feats

@@ -36,8 +36,12 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Gen
 def batches(split: DataSplit, indices: Sequence[int], batch_size: int, *, shuffle: bool = False,
             generator: Optional[torch.Generator] = None, device="cpu", augment: Optional[dict] = None,
             mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-            num_workers: int = 0) -> Iterator[tuple]:
+            num_workers: int = 0, rank: int = 0, world_size: int = 1) -> Iterator[tuple]:
     """Yield ``(x, y, idx)`` batches of the samples ``indices`` (idx: the dataset indices of the batch).
+
+    With ``world_size > 1`` (data-parallel training) each batch of ``batch_size`` is cut into
+    ``world_size`` shares and this yields share ``rank`` of every batch (see
+    :func:`pnc_lib.distributed.batch_share`): all ranks draw the same shuffle from ``generator``.
 
     x is moved to ``device``, augmented if ``augment`` is a dict like {"pad": 4, "flip": True}
     (tensor data only; folder data augments in its own transform), and normalised with
@@ -48,13 +52,17 @@ def batches(split: DataSplit, indices: Sequence[int], batch_size: int, *, shuffl
         if generator is None:
             raise ValueError("shuffle=True needs a torch.Generator so that runs repeat")
         indices = indices[torch.randperm(len(indices), generator=generator)]
+    chunks = [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
+    if world_size > 1:
+        from ..distributed import batch_share
+
+        chunks = [batch_share(c, rank, world_size) for c in chunks]
     norm = None
     if mean is not None and std is not None:
         c = len(mean)
         norm = (torch.tensor(mean, device=device).view(1, c, 1, 1), torch.tensor(std, device=device).view(1, c, 1, 1))
     if split.x is not None:
-        for start in range(0, len(indices), batch_size):
-            idx = indices[start:start + batch_size]
+        for idx in chunks:
             x = split.x[idx].to(device, non_blocking=True)
             y = split.y[idx].to(device, non_blocking=True)
             if augment and x.dim() == 4:
@@ -64,12 +72,15 @@ def batches(split: DataSplit, indices: Sequence[int], batch_size: int, *, shuffl
             yield x, y, idx
         return
     # folder data: a DataLoader over the subset, in the (shuffled) order of `indices`
-    subset = torch.utils.data.Subset(split.dataset, indices.tolist())
-    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False,
-                                         num_workers=num_workers,
+    if not chunks:
+        return
+    order = torch.cat(chunks)
+    bounds = np.cumsum([0] + [len(c) for c in chunks]).tolist()
+    batch_sampler = [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]   # one list per chunk
+    subset = torch.utils.data.Subset(split.dataset, order.tolist())
+    loader = torch.utils.data.DataLoader(subset, batch_sampler=batch_sampler, num_workers=num_workers,
                                          pin_memory=torch.device(device).type == "cuda")
-    for start, (x, _) in zip(range(0, len(indices), batch_size), loader):
-        idx = indices[start:start + batch_size]
+    for idx, (x, _) in zip(chunks, loader):
         x = x.to(device, non_blocking=True)
         if norm is not None:
             x = (x - norm[0]) / norm[1]

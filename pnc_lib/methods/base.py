@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import distributed
 from ..config import Config
 from ..data.loader import batches
 from ..scenario import Scenario
@@ -81,6 +82,10 @@ class NetworkMethod(Method):
     ``loss(x, y, epoch) -> (loss, stats)``, ``logits(x)`` and ``embed(x)``; this class supplies the
     epoch loop, batching, evaluation and checkpoint state."""
 
+    #: under torchrun: True for a method whose loss leaves some trainable parameters without
+    #: a gradient in a step (DDP then looks for them, at some cost per step)
+    ddp_find_unused_parameters = False
+
     def __init__(self, cfg, scenario, device):
         super().__init__(cfg, scenario, device)
         self.model: nn.Module = nn.Module()
@@ -102,11 +107,13 @@ class NetworkMethod(Method):
 
     # --- shared machinery
     def _batches(self, split, indices, train: bool):
-        s = self.scenario
+        # training batches under torchrun: this rank's share of every global batch of batch_size
+        s, d = self.scenario, distributed.context()
         return batches(s.split(split), indices, self.cfg.batch_size if train else self.cfg.eval_batch_size,
                        shuffle=train, generator=self.generator, device=self.device,
                        augment=s.augment if (train and self.cfg.augment) else None,
-                       mean=s.mean, std=s.std, num_workers=self.cfg.num_workers)
+                       mean=s.mean, std=s.std, num_workers=self.cfg.num_workers,
+                       rank=d.rank if train else 0, world_size=d.world_size if train else 1)
 
     def make_trainer(self, task: int):
         from .training import EpochTrainer
@@ -124,17 +131,21 @@ class NetworkMethod(Method):
         if ctx.start_epoch > 0 and self._trainer_state is not None:
             self.trainer.load_state_dict(self._trainer_state)
         self._trainer_state = None
+        # under torchrun the loss runs inside DistributedDataParallel (gradients averaged over
+        # the ranks); a single process calls self.loss directly
+        loss_fn = distributed.wrap_loss(self.model, self.loss, self.ddp_find_unused_parameters)
 
         def epoch_fn(epoch):
             self.model.train()
             rows = []
             for x, y, _ in self._batches("train", ctx.indices, train=True):
-                loss, stats = self.loss(x, y, epoch)
+                loss, stats = loss_fn(x, y, epoch)
                 stats["loss"] = self.trainer.step(loss)
                 rows.append(stats)
             return mean_stats(rows)
 
         history = self.trainer.run(epoch_fn, ctx, desc=f"task {ctx.task}")
+        distributed.broadcast_module(self.model)   # one model on every rank (BatchNorm statistics)
         self.trainer = None
         return {"final_loss": history[-1].get("loss") if history else None, "epochs": len(history)}
 

@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .. import fusion
+from .. import distributed, fusion
 from ..clip.adapter import (class_gaussians, clip_logits, hard_pair_loss, hard_pairs, make_adapter,
                             sample_pseudo_features)
 from .base import Method, TaskContext
@@ -92,8 +92,10 @@ class ClipMethod(Method):
         cfg = self.cfg
         if self.bundle is None:
             size = cfg.preset if cfg.preset in ("smoke", "quick") else "quick"
-            self.bundle = load_clip(cfg.clip_model, cfg.clip_pretrained, cfg.clip_checkpoint, device=self.device,
-                                    pretrain_size=size, cache_dir=cfg.cache_dir, progress=cfg.progress)
+            with distributed.main_first():   # rank 0 downloads or pretrains the weights, once
+                self.bundle = load_clip(cfg.clip_model, cfg.clip_pretrained, cfg.clip_checkpoint,
+                                        device=self.device, pretrain_size=size, cache_dir=cfg.cache_dir,
+                                        progress=cfg.progress and distributed.is_main())
             b = self.bundle
             self.weights_label, self.is_random, self.identity = b.weights, b.is_random, b.identity
         return self.bundle
@@ -158,6 +160,23 @@ class ClipMethod(Method):
             self.trainer.load_state_dict(self._trainer_state)
         self._trainer_state = None
 
+        def batch_loss(xb, yb, pb):
+            a = self.adapter(xb)
+            logits = clip_logits(a, text_seen, self.logit_scale)
+            ce = F.cross_entropy(logits, yb)
+            loss = ce
+            stats = {"ce": float(ce.detach()), "acc": float((logits.argmax(1) == yb).float().mean())}
+            if self._pairs and cfg.hard_pair_weight:
+                hp = hard_pair_loss(a[pb], yb[pb], text_seen, self._pairs)
+                loss = loss + cfg.hard_pair_weight * hp
+                stats["hard_pair"] = float(hp.detach())
+            return loss, stats
+
+        # under torchrun: DistributedDataParallel around the adapter's loss, and each rank takes
+        # its share of every global batch of batch_size (the same seeded shuffle on all ranks)
+        loss_fn = distributed.wrap_loss(self.adapter, batch_loss)
+        d = distributed.context()
+
         def epoch_fn(epoch):
             # fresh pseudo-features of every old class each epoch, mixed into the batches
             Xp, yp = sample_pseudo_features(self.stats, old_classes, cfg.pseudo_per_class or 0,
@@ -168,17 +187,9 @@ class ClipMethod(Method):
             perm = torch.randperm(len(y), generator=self.generator)
             rows = []
             for start in range(0, len(y), cfg.batch_size):
-                b = perm[start:start + cfg.batch_size]
+                b = distributed.batch_share(perm[start:start + cfg.batch_size], d.rank, d.world_size)
                 xb, yb, pb = X[b].to(dev), y[b].to(dev), pseudo[b].to(dev)
-                a = self.adapter(xb)
-                logits = clip_logits(a, text_seen, self.logit_scale)
-                ce = F.cross_entropy(logits, yb)
-                loss = ce
-                stats = {"ce": float(ce.detach()), "acc": float((logits.argmax(1) == yb).float().mean())}
-                if self._pairs and cfg.hard_pair_weight:
-                    hp = hard_pair_loss(a[pb], yb[pb], text_seen, self._pairs)
-                    loss = loss + cfg.hard_pair_weight * hp
-                    stats["hard_pair"] = float(hp.detach())
+                loss, stats = loss_fn(xb, yb, pb)
                 stats["loss"] = self.trainer.step(loss)
                 rows.append(stats)
             return mean_stats(rows)
@@ -208,6 +219,7 @@ class ClipMethod(Method):
             info.update(search)
         with torch.no_grad():
             self.adapter.weight.copy_(W.to(self.adapter.weight))
+        distributed.broadcast_module(self.adapter)   # rank 0's fused weights on every rank
         info["hard_pairs"] = len(self._pairs)
         info["update_norm"] = float((W_new - W_old).norm())   # ||W_new - W_old||_F, before fusion
         info["weight_change"] = float((W - W_old).norm())     # ||W - W_old||_F, after fusion

@@ -9,6 +9,8 @@ from typing import Callable, Iterable, Optional
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
@@ -19,6 +21,10 @@ class EpochTrainer:
 
     ``optimizer``: "sgd" (momentum, weight decay) or "adam". The lr is multiplied by ``gamma``
     at each epoch in ``milestones``. ``step(loss)`` does backward + clipping + update.
+
+    Under torchrun (see :mod:`pnc_lib.distributed`) the loss value that is checked and
+    reported, and the per-epoch statistics, are averaged over the ranks, so every rank sees
+    the same numbers and stops together if the loss diverges.
     """
 
     def __init__(self, params: Iterable[torch.nn.Parameter], *, task: int, epochs: int, lr: float,
@@ -39,7 +45,7 @@ class EpochTrainer:
         self.history: list = []
 
     def step(self, loss: torch.Tensor) -> float:
-        value = float(loss.detach())
+        value = distributed.mean_value(loss)   # float(loss) in a single process
         if not math.isfinite(value):
             raise TrainingDiverged(
                 f"the loss became {value} at task {self.task}, epoch {self.epoch}; training stopped and the "
@@ -59,7 +65,7 @@ class EpochTrainer:
         bar = tqdm(range(start, self.epochs), desc=desc, leave=False, disable=not show)
         for epoch in bar:
             self.epoch = epoch
-            stats = epoch_fn(epoch)
+            stats = distributed.mean_stats(epoch_fn(epoch))
             self.scheduler.step()
             self.history.append(dict(stats, epoch=epoch))
             bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items() if isinstance(v, float)})
