@@ -145,8 +145,18 @@ class Run:
         self.new_acc.append(new)
 
     def execute(self, stop_after: Optional[int] = None) -> Result:
-        """Run the remaining tasks (only up to task ``stop_after - 1`` if given; the checkpoint
-        lets a later ``resume`` continue) and return the result so far."""
+        """Run the remaining tasks (only up to task ``stop_after - 1`` if given; calling
+        ``execute`` again, or a later ``resume``, continues) and return the result so far.
+        With ``cfg.threads`` set, torch uses that many CPU threads during the run."""
+        threads = torch.get_num_threads()
+        if self.cfg.threads and self.device.type == "cpu":
+            torch.set_num_threads(self.cfg.threads)
+        try:
+            return self._execute(stop_after)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _execute(self, stop_after: Optional[int]) -> Result:
         cfg, s, main = self.cfg, self.scenario, self.dist.is_main
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)

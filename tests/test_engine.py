@@ -96,3 +96,17 @@ def test_execute_in_steps_continues_where_it_stopped(tmp_path):
     run = pnc_lib.engine.Run(pnc_lib.make_config(smoke("replay", out_dir=str(tmp_path / "steps"))))
     assert len(run.execute(stop_after=2).step_accuracy) == 2
     np.testing.assert_array_equal(run.execute().acc_matrix, full.acc_matrix)
+
+
+def test_threads_setting_applies_during_the_run_only(tmp_path, monkeypatch):
+    import torch
+    seen = []
+    before = torch.get_num_threads()
+    real = pnc_lib.engine.Run._execute
+
+    def spy(self, stop_after):
+        seen.append(torch.get_num_threads())
+        return real(self, stop_after)
+    monkeypatch.setattr(pnc_lib.engine.Run, "_execute", spy)
+    pnc_lib.run(smoke("finetune", epochs=1, threads=1, out_dir=str(tmp_path)))
+    assert seen == [1] and torch.get_num_threads() == before
