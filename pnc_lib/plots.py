@@ -28,7 +28,8 @@ def plot_accuracy_curves(results: Dict[str, object], ax=None, title: str = "Accu
     ax = ax or plt.subplots(figsize=(5.5, 3.6))[1]
     for name, r in results.items():
         cfg = r.config
-        seen = [cfg["base"] + t * cfg["increment"] for t in range(len(r.step_accuracy))]
+        base = cfg["base"] or cfg["increment"]   # base 0 means B0: the first task has `increment` classes
+        seen = [base + t * cfg["increment"] for t in range(len(r.step_accuracy))]
         ax.plot(seen, r.step_accuracy, marker="o", label=f"{name} ({r.avg_incremental_accuracy:.1f})")
     ax.set_xlabel("number of classes seen")
     ax.set_ylabel("accuracy on seen classes (%)")
