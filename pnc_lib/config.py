@@ -73,7 +73,7 @@ class Config:
     head: str = "etf"                 # etf | linear
     etf_mode: str = "procrustes"      # procrustes | redraw | fixed
     loss: str = "dr"                  # dr | ce
-    rebalance: bool = False
+    rebalance: Optional[bool] = None  # per-class rebalancing of the DR/CE loss (preset: on for CPU presets)
     adapt_layer: bool = True
     adapt_hidden: Optional[int] = None
     adapt_out: Optional[int] = None

@@ -86,4 +86,11 @@ def preset_defaults(preset: str, method: str, dataset: str) -> dict:
         values.update(_clip_defaults(preset, dataset))
     else:
         values.update(_network_defaults(preset, dataset))
+    values["rebalance"] = False
+    if method == "scl_pnc" and preset != "paper":
+        # small memories make replay batches very imbalanced: rebalance the DR loss per class
+        # (DESIGN section 3), and train with the reference code's lr of 0.1
+        values["rebalance"] = True
+        if preset == "quick":
+            values["lr"] = 0.1
     return values
