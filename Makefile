@@ -6,6 +6,10 @@ STAMP := $(VENV)/.pnc-installed
 # torch and torchvision are pinned here only (the package itself accepts torch>=2.2)
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
+# one torch thread: the CPU presets' numbers (and the notebooks' step-by-step checks against the
+# engine) are then the same on every machine, and small models run faster
+export OMP_NUM_THREADS ?= 1
+
 .PHONY: setup book test test-fast bench clean
 
 setup: $(STAMP)
