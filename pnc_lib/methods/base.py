@@ -170,6 +170,18 @@ class NetworkMethod(Method):
         out = [self.embed(x).float().cpu() for x, _, _ in self._batches(split, indices, False)]
         return torch.cat(out)
 
+    def base_network(self) -> torch.nn.Module:
+        """The early layers shared by every later part (SCL-PNC: the base frozen after task 0)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def base_features(self, split, indices) -> torch.Tensor:
+        """The base's feature map, averaged over space: (n, C), model in eval mode (linear probes)."""
+        self.model.eval()
+        base = self.base_network()
+        out = [base(x).float().mean(dim=(2, 3)).cpu() for x, _, _ in self._batches(split, indices, False)]
+        return torch.cat(out)
+
     def state_dict(self):
         state = super().state_dict()
         state["model"] = self.model.state_dict()

@@ -34,6 +34,9 @@ class SupervisedBaseline(NetworkMethod):
     def embed(self, x):
         return self.model["backbone"](x)
 
+    def base_network(self):
+        return self.model["backbone"][0]     # plain network = Sequential(base, one module)
+
     def logits(self, x):
         return self.model["head"](self.embed(x))
 

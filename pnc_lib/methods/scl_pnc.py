@@ -105,6 +105,9 @@ class SCLPNC(NetworkMethod):
             head.grow(self.seen)
         self.model.to(self.device)
 
+    def base_network(self):
+        return self.backbone.base
+
     def trainable_parameters(self):
         return [p for p in self.model.parameters() if p.requires_grad]
 
