@@ -53,3 +53,20 @@ def test_equations_use_the_bundled_mathjax(tmp_path):
     assert 'src="_static/mathjax/tex-chtml.js"' in html
     assert "cdn.jsdelivr.net/npm/mathjax" not in html
     assert (tmp_path / "_build" / "html" / "_static" / "mathjax" / "tex-chtml.js").stat().st_size > 100_000
+
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_committed_clean(path):
+    """Valid nbformat (every cell has an id), no outputs, one `parameters` cell with PRESET."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    nbformat.validate(nb)
+    assert all("id" in cell for cell in nb.cells), "cells without an id (nbformat >= 4.5 needs them)"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "commit notebooks without outputs"
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and "PRESET" in params[0].source
