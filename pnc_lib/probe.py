@@ -13,16 +13,13 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from .metrics import _np
+
 ATTRIBUTES = ("shape", "colour", "texture")
-
-
-def _np(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 def linear_probe_accuracy(train_x, train_y, test_x, test_y, C: float = 1.0, max_iter: int = 2000) -> float:
@@ -31,7 +28,7 @@ def linear_probe_accuracy(train_x, train_y, test_x, test_y, C: float = 1.0, max_
     Features are standardised with the training statistics; the labels may be any hashable
     values (class ids or attribute names). Deterministic (lbfgs).
     """
-    train_x, test_x = _np(train_x).astype(np.float64), _np(test_x).astype(np.float64)
+    train_x, test_x = _np(train_x, np.float64), _np(test_x, np.float64)
     train_y, test_y = _np(train_y), _np(test_y)
     if train_x.ndim != 2 or test_x.ndim != 2 or train_x.shape[1] != test_x.shape[1]:
         raise ValueError(f"features must be (n, d) and (m, d), got {train_x.shape} and {test_x.shape}")
@@ -59,9 +56,10 @@ def probe_base(method, scenario, classes: Optional[int] = None) -> dict:
     on the first ``classes`` classes (default: all): the class itself and, on ``shapes``, each
     attribute. Returns ``{"class": acc, "shape": acc, ...}``."""
     k = scenario.num_classes if classes is None else int(classes)
-    idx = {s: np.flatnonzero(_np(scenario.split(s).y) < k) for s in ("train", "test")}
+    labels = {s: _np(scenario.split(s).y) for s in ("train", "test")}
+    idx = {s: np.flatnonzero(y < k) for s, y in labels.items()}
     x = {s: method.base_features(s, idx[s]) for s in idx}
-    y = {s: _np(scenario.split(s).y)[idx[s]] for s in idx}
+    y = {s: labels[s][idx[s]] for s in idx}
     out = {"class": linear_probe_accuracy(x["train"], y["train"], x["test"], y["test"])}
     if scenario.info.get("attributes"):
         for a in ATTRIBUTES:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_notebooks import NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,8 +55,6 @@ def test_equations_use_the_bundled_mathjax(tmp_path):
     assert "cdn.jsdelivr.net/npm/mathjax" not in html
     assert (tmp_path / "_build" / "html" / "_static" / "mathjax" / "tex-chtml.js").stat().st_size > 100_000
 
-
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

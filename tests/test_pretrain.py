@@ -51,6 +51,19 @@ def tokenizer():
     return open_clip.get_tokenizer(TINY_CLIP)
 
 
+def _short_training(monkeypatch) -> list:
+    """Replace the pretraining loop by a 2-step one; returns the list of seeds it was called with."""
+    calls = []
+    real_train = pretrain._train
+
+    def short_train(settings, seed=0, progress=True, steps=None):
+        calls.append(seed)
+        return real_train(settings, seed=seed, progress=False, steps=2)
+
+    monkeypatch.setattr(pretrain, "_train", short_train)
+    return calls
+
+
 def test_pretraining_distribution_covers_attributes_but_holds_out_combinations():
     attrs = pretrain.pretraining_attributes()
     combos = {(a["shape"], a["colour"], a["texture"]) for a in attrs}
@@ -136,14 +149,7 @@ def test_invalid_checkpoint_is_rebuilt(smoke, tmp_path, monkeypatch, damage):
         js.write_text(json.dumps(meta))
     else:
         (js if damage == "missing_json" else pt).unlink()
-    calls = []
-    real_train = pretrain._train
-
-    def short_train(settings, seed=0, progress=True, steps=None):
-        calls.append(seed)
-        return real_train(settings, seed=seed, progress=False, steps=2)
-
-    monkeypatch.setattr(pretrain, "_train", short_train)
+    calls = _short_training(monkeypatch)
     path = pretrain.ensure_tiny_clip_checkpoint("smoke", cache_dir=str(tmp_path), progress=False)
     assert calls == [0] and path == pt
     meta = json.loads(js.read_text())
@@ -190,14 +196,7 @@ def test_text_features_share_attribute_structure(loaded, tokenizer):
 
 def test_concurrent_builders_train_once(tmp_path, monkeypatch):
     import threading
-    calls = []
-    real_train = pretrain._train
-
-    def short_train(settings, seed=0, progress=True, steps=None):
-        calls.append(seed)
-        return real_train(settings, seed=seed, progress=False, steps=2)
-
-    monkeypatch.setattr(pretrain, "_train", short_train)
+    calls = _short_training(monkeypatch)
     paths = []
     threads = [threading.Thread(target=lambda: paths.append(
         pretrain.ensure_tiny_clip_checkpoint("smoke", cache_dir=str(tmp_path), progress=False))) for _ in range(2)]
