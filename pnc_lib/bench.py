@@ -292,7 +292,8 @@ def _scl_run(per_class: int, tmp: Path, epochs: int = 1):
     from .engine import Run
 
     kwargs = {"num_classes": 20, "train_per_class": per_class, "test_per_class": 40}
-    cfg = {"method": "scl_pnc", "dataset": "shapes", "preset": "quick", "dataset_kwargs": kwargs,
+    # the DR loss, as in the bare loop (the quick preset's default is CE on the ETF logits)
+    cfg = {"method": "scl_pnc", "dataset": "shapes", "preset": "quick", "dataset_kwargs": kwargs, "loss": "dr",
            "epochs": epochs, "augment": False, "progress": False, "device": "cpu",
            "out_dir": str(tmp / "run_scl_pnc")}
     return Run(cfg)

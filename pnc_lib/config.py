@@ -65,6 +65,7 @@ class Config:
     backbone: str = "auto"
     width: Optional[int] = None
     blocks: Optional[int] = None
+    base_stages: Optional[int] = None  # backbone stages in the shared base (None: the reference split)
     # checkpoints
     checkpoint_every: int = 0
     resume: bool = False
@@ -72,7 +73,7 @@ class Config:
     # SCL-PNC
     head: str = "etf"                 # etf | linear
     etf_mode: str = "procrustes"      # procrustes | redraw | fixed
-    loss: str = "dr"                  # dr | ce
+    loss: Optional[str] = None        # dr | ce (preset: dr for paper, ce on the CPU presets)
     rebalance: Optional[bool] = None  # per-class rebalancing of the DR/CE loss (preset: on for CPU presets)
     adapt_layer: bool = True
     adapt_hidden: Optional[int] = None
@@ -173,7 +174,7 @@ def load_config(config: Union[dict, Config, str, Path], **overrides) -> Config:
 
 def resolve_config(cfg: Config) -> Config:
     """Fill every ``None`` field from the preset, then validate values. Returns a new Config."""
-    from .presets import preset_defaults  # local import: presets imports Config names
+    from .presets import CLIP_METHODS, preset_defaults  # local import: presets imports Config names
 
     problems = []
     if cfg.method not in METHODS:
@@ -186,7 +187,7 @@ def resolve_config(cfg: Config) -> Config:
         problems.append(f"unknown backbone {cfg.backbone!r}; choose one of {', '.join(BACKBONES)}")
     for name, allowed in (("head", ("etf", "linear")), ("etf_mode", ("procrustes", "redraw", "fixed")),
                           ("loss", ("dr", "ce")), ("expansion", ("parallel", "serial"))):
-        if getattr(cfg, name) not in allowed:
+        if getattr(cfg, name) not in allowed and not (name == "loss" and cfg.loss is None):
             problems.append(f"{name}={getattr(cfg, name)!r} is not one of {', '.join(allowed)}")
     if problems:
         raise ConfigError(problems)
@@ -197,6 +198,8 @@ def resolve_config(cfg: Config) -> Config:
             data[key] = value
     if cfg.backbone == "auto":
         data["backbone"] = defaults.get("backbone", "cnn")
+    elif cfg.base_stages is None and cfg.backbone != defaults.get("backbone"):
+        data["base_stages"] = None    # the preset's split is for its own backbone: use the reference one
     out = Config(**data)
     for name in ("epochs", "batch_size", "increment"):
         v = getattr(out, name)
@@ -208,6 +211,13 @@ def resolve_config(cfg: Config) -> Config:
         problems.append(f"memory_budget must be >= 0, got {out.memory_budget}")
     if out.lr is not None and out.lr <= 0:
         problems.append(f"lr must be > 0, got {out.lr}")
+    if out.base_stages is not None and out.method not in CLIP_METHODS:
+        from .models.backbones import NUM_STAGES
+
+        n = NUM_STAGES.get(out.backbone)
+        if n is not None and not 1 <= out.base_stages <= n:
+            problems.append(f"base_stages={out.base_stages} is impossible for backbone {out.backbone!r}: it has "
+                            f"{n} stages; choose 1..{n}, or leave it unset for the reference split")
     if problems:
         raise ConfigError(problems)
     return out

@@ -7,7 +7,7 @@ import torch
 
 import pnc_lib
 from pnc_lib.config import make_config
-from pnc_lib.engine import scenario_for
+from pnc_lib.engine import Run, scenario_for
 from pnc_lib.etf import ETFHead
 from pnc_lib.methods import TaskContext
 from pnc_lib.methods.scl_pnc import SCLPNC
@@ -289,12 +289,107 @@ def task0_nc(epochs, tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_digits_beats_finetune_and_matches_replay(tmp_path):
-    res = {meth: pnc_lib.run(dict(SMOKE, method=meth, preset="quick", out_dir=str(tmp_path / meth)))
-           for meth in ("finetune", "replay", "scl_pnc")}
-    aia = {k: r.avg_incremental_accuracy for k, r in res.items()}
+def test_quick_digits_beats_finetune_and_is_level_with_replay(tmp_path):
+    """digits B2 Inc2, quick preset, mean over seeds 0-2 (finetune: seed 0)."""
+    aia = {meth: float(np.mean([pnc_lib.run(dict(SMOKE, method=meth, preset="quick", seed=seed,
+                                                 out_dir=str(tmp_path / f"{meth}{seed}"))).avg_incremental_accuracy
+                                for seed in seeds]))
+           for meth, seeds in (("finetune", (0,)), ("replay", (0, 1, 2)), ("scl_pnc", (0, 1, 2)))}
     assert aia["scl_pnc"] > aia["finetune"] + 20, aia
-    assert aia["scl_pnc"] >= aia["replay"] - 1.0, aia
+    assert aia["scl_pnc"] >= aia["replay"], aia
     early, late = task0_nc(1, tmp_path / "nc1"), task0_nc(None, tmp_path / "nc2")
     assert late["nc1"] < early["nc1"]
     assert late["nc3"] < early["nc3"]
+
+
+# ---------------------------------------------------------------------- base/module split
+def test_resnet32_reference_split_shapes():
+    """Reference split: the 2w->4w block keeps the resolution (64 x 16 x 16 on 32x32 images, as in
+    the reference code); a module halves it again (128 x 8 x 8) before pooling."""
+    torch.manual_seed(0)
+    parts = build_backbone_parts("resnet32", 3, width=16, blocks=1, module_width=128)
+    z = parts.base(torch.rand(2, 3, 32, 32))
+    assert z.shape == (2, 64, 16, 16)
+    module = parts.make_module()
+    assert module.body(z).shape == (2, 128, 8, 8) and module(z).shape == (2, 128)
+
+
+@pytest.mark.parametrize("kind,n_stages", [("cnn", 2), ("resnet32", 3)])
+def test_base_stages_moves_layers_without_changing_the_plain_network(kind, n_stages):
+    in_ch, size = (1, 8) if kind == "cnn" else (3, 32)
+    x = torch.rand(3, in_ch, size, size)
+    outs, base_sizes, module_sizes = [], [], []
+    for k in range(1, n_stages + 1):
+        torch.manual_seed(0)
+        parts = build_backbone_parts(kind, in_ch, width=4, blocks=1, module_width=8, base_stages=k)
+        net = parts.plain_network().eval()
+        with torch.no_grad():
+            outs.append(net(x))
+        base_sizes.append(sum(p.numel() for p in parts.base.parameters()))
+        module_sizes.append(sum(p.numel() for p in net[1].parameters()))
+    # the same layers with the same initial weights, only cut at another place
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+    assert base_sizes == sorted(base_sizes) and len(set(base_sizes)) == n_stages
+    assert module_sizes == sorted(module_sizes, reverse=True)
+    assert len({b + m for b, m in zip(base_sizes, module_sizes)}) == 1
+    with pytest.raises(ValueError, match=f"choose 1..{n_stages}"):
+        build_backbone_parts(kind, in_ch, base_stages=n_stages + 1)
+
+
+def test_shallow_base_freezes_only_its_stages():
+    """base_stages=1 on the digits CNN: the frozen base is the first conv; every module holds the
+    second conv and starts as a copy of the previous module."""
+    m = make_method(base_stages=1)
+    m.begin_task(0)
+    train(m, 0, epochs=1)
+    base_before = snapshot(m.backbone.base)
+    m.begin_task(1)
+    bb = m.backbone
+    assert len(bb.base) == 1 and not any(p.requires_grad for p in bb.base.parameters())
+    assert same(snapshot(bb.expansions[1]), snapshot(bb.expansions[0]))
+    assert bb.expansions[1].body[0][0].in_channels == m.cfg.width           # conv w -> 2w in the module
+    assert all(p.requires_grad for p in bb.expansions[1].parameters())
+    train(m, 1, epochs=1)
+    assert same(snapshot(m.backbone.base), base_before)
+
+
+def test_base_stages_checked_in_the_config():
+    with pytest.raises(pnc_lib.config.ConfigError, match="base_stages=3 is impossible for backbone 'cnn'"):
+        make_config(dict(SMOKE, base_stages=3))
+    quick = make_config({"method": "scl_pnc", "dataset": "shapes", "preset": "quick"})
+    assert (quick.backbone, quick.base_stages, quick.loss) == ("resnet32", 1, "ce")
+    # another backbone than the preset's gets the reference split, not the preset's cut
+    assert make_config({"method": "scl_pnc", "dataset": "shapes", "preset": "quick",
+                        "backbone": "cnn"}).base_stages is None
+    assert make_config({"method": "scl_pnc", "dataset": "cifar100", "preset": "paper"}).loss == "dr"
+
+
+@pytest.mark.slow
+def test_quick_shapes_beats_finetune_and_is_level_with_replay(tmp_path):
+    """shapes B10 Inc5 on the quick preset (notebook 09's scenario), mean over seeds 0-2, replay at
+    the same memory budget; NC1 and NC3 of the task-0 features fall from init to the end of task 0."""
+    base = {"dataset": "shapes", "base": 10, "increment": 5, "preset": "quick", "progress": False, "device": "cpu"}
+    aia = {}
+    for meth, seeds in (("finetune", (0,)), ("replay", (0, 1, 2)), ("scl_pnc", (0, 1, 2))):
+        vals = []
+        for seed in seeds:
+            cfg = make_config(dict(base, method=meth, seed=seed, out_dir=str(tmp_path / f"{meth}{seed}")))
+            run = Run(cfg)
+            if meth == "scl_pnc" and seed == 0:
+                m, s = run.method, run.scenario
+                idx = s.indices("train", task=0)
+                m.begin_task(0)
+                nc = [nc_metrics(m_feats(m, idx), s.train.y[idx], classifier=m.etf.T)]
+                run.execute(stop_after=1)
+                nc.append(nc_metrics(m_feats(run.method, idx), s.train.y[idx], classifier=run.method.etf.T))
+                assert nc[1]["nc1"] < nc[0]["nc1"] and nc[1]["nc3"] < nc[0]["nc3"], nc
+            vals.append(run.execute().avg_incremental_accuracy)
+        aia[meth] = float(np.mean(vals))
+    assert aia["scl_pnc"] > aia["finetune"] + 20, aia
+    assert aia["scl_pnc"] >= aia["replay"], aia
+
+
+@torch.no_grad()
+def m_feats(method, idx):
+    method.model.eval()
+    return torch.cat([method.normalized_features(x) for x, _, _ in method._batches("train", idx, False)])

@@ -13,7 +13,7 @@ from .base import NetworkMethod
 
 def backbone_parts(cfg, scenario):
     return build_backbone_parts(cfg.backbone, scenario.input_shape[0], width=cfg.width,
-                                blocks=cfg.blocks, module_width=cfg.module_width)
+                                blocks=cfg.blocks, module_width=cfg.module_width, base_stages=cfg.base_stages)
 
 
 class SupervisedBaseline(NetworkMethod):

@@ -1,13 +1,22 @@
-"""Backbones split in two parts: a shared *base* (early layers) and a *module* (the last
-stage + global pooling) that SCL-PNC replicates per task. A plain network is base + one module.
+"""Backbones split in two parts: a shared *base* (early layers) and a *module* (the rest, up to
+global pooling) that SCL-PNC replicates per task. A plain network is base + one module.
 
-- ``cnn``: for 8x8 digits. base = two 3x3 conv layers (w, 2w); module = conv (module_width),
-  global average pooling.
-- ``resnet32``: CIFAR ResNet (He et al. 2016, 6n+2 layers with n = ``blocks``). base = stem +
-  stage 1 (w) + stage 2 (2w, stride 2) + one basic block 2w -> 4w (stride 2); module = ``blocks``
-  basic blocks at ``module_width`` channels, stride 2, global pooling. With w=16, n=5,
-  module_width=128 this is the SCL-PNC CIFAR reference.
-- ``resnet18``: torchvision's ResNet-18 (random init): base = stem + layer1-3, module = layer4 + pooling.
+Each backbone is a sequence of stages; ``base_stages`` of them form the base and the
+remaining ones start every module (``None``: the reference split, all stages in the base):
+
+- ``cnn`` (8x8 digits), 2 stages: conv (w), conv (2w); module tail = conv (module_width),
+  max-pool, conv, global average pooling.
+- ``resnet32`` (CIFAR ResNet, He et al. 2016, 6n+2 layers with n = ``blocks``), 3 stages:
+  stem + stage 1 (w); stage 2 (2w, stride 2); one basic block 2w -> 4w (stride 1, as in the
+  reference code); module tail = ``blocks`` basic blocks at ``module_width`` channels, stride 2,
+  global pooling. With w=16, n=5, module_width=128 and the reference split this is the SCL-PNC
+  CIFAR reference (base output 64 x 16 x 16, module output 128 x 8 x 8 before pooling).
+- ``resnet18`` (torchvision's ResNet-18, random init), 3 stages: stem + layer1; layer2; layer3;
+  module tail = layer4 + pooling.
+
+A smaller ``base_stages`` moves early stages from the (frozen after task 0) base into every
+module: fewer layers are shared and frozen, each module is deeper (MEMO, Zhou et al. 2023,
+studies the same trade-off).
 """
 from __future__ import annotations
 
@@ -66,26 +75,50 @@ class BackboneParts:
         return nn.Sequential(self.base, self.make_module())
 
 
-def build_backbone_parts(kind: str, in_channels: int, width: int = 16, blocks: int = 5,
-                         module_width: int = 128) -> BackboneParts:
-    """Build the base and a module factory for backbone ``kind`` (cnn | resnet32 | resnet18)."""
+#: number of stages of each backbone (the reference split puts all of them in the base)
+NUM_STAGES = {"cnn": 2, "resnet32": 3, "resnet18": 3}
+
+
+def _stage_factories(kind: str, in_channels: int, width: int, blocks: int, module_width: int):
+    """-> (list of stage factories, factory of the module's tail, out_dim). Each factory builds
+    fresh layers."""
     if kind == "cnn":
-        base = nn.Sequential(_conv_bn_relu(in_channels, width), _conv_bn_relu(width, 2 * width))
-        return BackboneParts(base, lambda: Pooled(nn.Sequential(
-            _conv_bn_relu(2 * width, module_width), nn.MaxPool2d(2), _conv_bn_relu(module_width, module_width))),
-            module_width)
+        stages = [lambda: _conv_bn_relu(in_channels, width), lambda: _conv_bn_relu(width, 2 * width)]
+        tail = lambda: nn.Sequential(_conv_bn_relu(2 * width, module_width), nn.MaxPool2d(2),
+                                     _conv_bn_relu(module_width, module_width))
+        return stages, tail, module_width
     if kind == "resnet32":
-        base = nn.Sequential(_conv_bn_relu(in_channels, width), _stage(width, width, blocks, 1),
-                             _stage(width, 2 * width, blocks, 2), BasicBlock(2 * width, 4 * width, 2))
-        return BackboneParts(base, lambda: Pooled(_stage(4 * width, module_width, blocks, 2)), module_width)
+        stages = [lambda: nn.Sequential(_conv_bn_relu(in_channels, width), _stage(width, width, blocks, 1)),
+                  lambda: _stage(width, 2 * width, blocks, 2),
+                  lambda: BasicBlock(2 * width, 4 * width, 1)]
+        return stages, lambda: _stage(4 * width, module_width, blocks, 2), module_width
     if kind == "resnet18":
         from torchvision.models import resnet18
 
         net = resnet18(weights=None)
-        base = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3)
-        layer4 = net.layer4
-        return BackboneParts(base, lambda: Pooled(copy.deepcopy(layer4)), 512)
+        parts = [nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1), net.layer2, net.layer3]
+        stages = [lambda p=p: copy.deepcopy(p) for p in parts]
+        return stages, lambda: copy.deepcopy(net.layer4), 512
     raise ValueError(f"unknown backbone {kind!r}; choose cnn, resnet32 or resnet18")
+
+
+def build_backbone_parts(kind: str, in_channels: int, width: int = 16, blocks: int = 5,
+                         module_width: int = 128, base_stages: int | None = None) -> BackboneParts:
+    """Build the base and a module factory for backbone ``kind`` (cnn | resnet32 | resnet18).
+
+    ``base_stages``: how many of the backbone's stages (:data:`NUM_STAGES`) form the base;
+    ``None`` = all of them (the reference split). The other stages are built into every module.
+    """
+    stages, tail, out_dim = _stage_factories(kind, in_channels, width, blocks, module_width)
+    n = len(stages) if base_stages is None else int(base_stages)
+    if not 1 <= n <= len(stages):
+        raise ValueError(f"base_stages={base_stages} is impossible for backbone {kind!r}: it has "
+                         f"{len(stages)} stages; choose 1..{len(stages)} (or leave it unset for the reference split)")
+    base = nn.Sequential(*[f() for f in stages[:n]])
+    rest = stages[n:]
+    if not rest:    # the reference split: a module is the tail alone
+        return BackboneParts(base, lambda: Pooled(tail()), out_dim)
+    return BackboneParts(base, lambda: Pooled(nn.Sequential(*[f() for f in rest], tail())), out_dim)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
