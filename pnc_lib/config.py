@@ -211,13 +211,12 @@ def resolve_config(cfg: Config) -> Config:
         problems.append(f"memory_budget must be >= 0, got {out.memory_budget}")
     if out.lr is not None and out.lr <= 0:
         problems.append(f"lr must be > 0, got {out.lr}")
-    if out.base_stages is not None and out.method not in CLIP_METHODS:
-        from .models.backbones import NUM_STAGES
+    if out.method not in CLIP_METHODS:
+        from .models.backbones import base_stages_problem
 
-        n = NUM_STAGES.get(out.backbone)
-        if n is not None and not 1 <= out.base_stages <= n:
-            problems.append(f"base_stages={out.base_stages} is impossible for backbone {out.backbone!r}: it has "
-                            f"{n} stages; choose 1..{n}, or leave it unset for the reference split")
+        problem = base_stages_problem(out.backbone, out.base_stages)
+        if problem:
+            problems.append(problem)
     if problems:
         raise ConfigError(problems)
     return out

@@ -282,19 +282,36 @@ def task0_nc(epochs, tmp_path):
     m.begin_task(0)
     train(m, 0)
     idx = m.scenario.indices("train", task=0)
-    m.model.eval()
-    with torch.no_grad():
-        feats = torch.cat([m.normalized_features(x) for x, _, _ in m._batches("train", idx, False)])
-    return nc_metrics(feats, m.scenario.train.y[idx], classifier=m.etf.T)
+    return nc_metrics(train_features(m, idx), m.scenario.train.y[idx], classifier=m.etf.T)
+
+
+@torch.no_grad()
+def train_features(method, idx):
+    """``h = normalize(BN(e))`` of training samples ``idx``, model in eval mode."""
+    method.model.eval()
+    return torch.cat([method.normalized_features(x) for x, _, _ in method._batches("train", idx, False)])
+
+
+def quick_mean_aia(base, tmp_path, on_run=None):
+    """Avg inc acc on the quick preset: finetune on seed 0, replay and SCL-PNC averaged over seeds 0-2.
+    ``on_run(method, seed, run)`` is called before each run is executed."""
+    aia = {}
+    for meth, seeds in (("finetune", (0,)), ("replay", (0, 1, 2)), ("scl_pnc", (0, 1, 2))):
+        vals = []
+        for seed in seeds:
+            run = Run(make_config(dict(base, method=meth, preset="quick", seed=seed,
+                                       out_dir=str(tmp_path / f"{meth}{seed}"))))
+            if on_run is not None:
+                on_run(meth, seed, run)
+            vals.append(run.execute().avg_incremental_accuracy)
+        aia[meth] = float(np.mean(vals))
+    return aia
 
 
 @pytest.mark.slow
 def test_quick_digits_beats_finetune_and_is_level_with_replay(tmp_path):
     """digits B2 Inc2, quick preset, mean over seeds 0-2 (finetune: seed 0)."""
-    aia = {meth: float(np.mean([pnc_lib.run(dict(SMOKE, method=meth, preset="quick", seed=seed,
-                                                 out_dir=str(tmp_path / f"{meth}{seed}"))).avg_incremental_accuracy
-                                for seed in seeds]))
-           for meth, seeds in (("finetune", (0,)), ("replay", (0, 1, 2)), ("scl_pnc", (0, 1, 2)))}
+    aia = quick_mean_aia(SMOKE, tmp_path)
     assert aia["scl_pnc"] > aia["finetune"] + 20, aia
     assert aia["scl_pnc"] >= aia["replay"], aia
     early, late = task0_nc(1, tmp_path / "nc1"), task0_nc(None, tmp_path / "nc2")
@@ -368,28 +385,20 @@ def test_base_stages_checked_in_the_config():
 def test_quick_shapes_beats_finetune_and_is_level_with_replay(tmp_path):
     """shapes B10 Inc5 on the quick preset (notebook 09's scenario), mean over seeds 0-2, replay at
     the same memory budget; NC1 and NC3 of the task-0 features fall from init to the end of task 0."""
-    base = {"dataset": "shapes", "base": 10, "increment": 5, "preset": "quick", "progress": False, "device": "cpu"}
-    aia = {}
-    for meth, seeds in (("finetune", (0,)), ("replay", (0, 1, 2)), ("scl_pnc", (0, 1, 2))):
-        vals = []
-        for seed in seeds:
-            cfg = make_config(dict(base, method=meth, seed=seed, out_dir=str(tmp_path / f"{meth}{seed}")))
-            run = Run(cfg)
-            if meth == "scl_pnc" and seed == 0:
-                m, s = run.method, run.scenario
-                idx = s.indices("train", task=0)
-                m.begin_task(0)
-                nc = [nc_metrics(m_feats(m, idx), s.train.y[idx], classifier=m.etf.T)]
-                run.execute(stop_after=1)
-                nc.append(nc_metrics(m_feats(run.method, idx), s.train.y[idx], classifier=run.method.etf.T))
-                assert nc[1]["nc1"] < nc[0]["nc1"] and nc[1]["nc3"] < nc[0]["nc3"], nc
-            vals.append(run.execute().avg_incremental_accuracy)
-        aia[meth] = float(np.mean(vals))
+    base = {"dataset": "shapes", "base": 10, "increment": 5, "progress": False, "device": "cpu"}
+
+    def nc_over_task0(meth, seed, run):
+        if meth != "scl_pnc" or seed != 0:
+            return
+        m, s = run.method, run.scenario
+        idx = s.indices("train", task=0)
+        m.begin_task(0)
+        nc = [nc_metrics(train_features(m, idx), s.train.y[idx], classifier=m.etf.T)]
+        run.execute(stop_after=1)                      # execute() then goes on from task 1
+        nc.append(nc_metrics(train_features(m, idx), s.train.y[idx], classifier=m.etf.T))
+        assert nc[1]["nc1"] < nc[0]["nc1"] and nc[1]["nc3"] < nc[0]["nc3"], nc
+
+    aia = quick_mean_aia(base, tmp_path, on_run=nc_over_task0)
     assert aia["scl_pnc"] > aia["finetune"] + 20, aia
     assert aia["scl_pnc"] >= aia["replay"], aia
 
-
-@torch.no_grad()
-def m_feats(method, idx):
-    method.model.eval()
-    return torch.cat([method.normalized_features(x) for x, _, _ in method._batches("train", idx, False)])

@@ -79,6 +79,15 @@ class BackboneParts:
 NUM_STAGES = {"cnn": 2, "resnet32": 3, "resnet18": 3}
 
 
+def base_stages_problem(kind: str, base_stages) -> str | None:
+    """Why ``base_stages`` cannot split backbone ``kind``, or None when it can (None = reference)."""
+    n = NUM_STAGES.get(kind)
+    if base_stages is None or n is None or 1 <= base_stages <= n:
+        return None
+    return (f"base_stages={base_stages} is impossible for backbone {kind!r}: it has {n} stages; "
+            f"choose 1..{n}, or leave it unset for the reference split")
+
+
 def _stage_factories(kind: str, in_channels: int, width: int, blocks: int, module_width: int):
     """-> (list of stage factories, factory of the module's tail, out_dim). Each factory builds
     fresh layers."""
@@ -110,10 +119,10 @@ def build_backbone_parts(kind: str, in_channels: int, width: int = 16, blocks: i
     ``None`` = all of them (the reference split). The other stages are built into every module.
     """
     stages, tail, out_dim = _stage_factories(kind, in_channels, width, blocks, module_width)
+    problem = base_stages_problem(kind, base_stages)
+    if problem:
+        raise ValueError(problem)
     n = len(stages) if base_stages is None else int(base_stages)
-    if not 1 <= n <= len(stages):
-        raise ValueError(f"base_stages={base_stages} is impossible for backbone {kind!r}: it has "
-                         f"{len(stages)} stages; choose 1..{len(stages)} (or leave it unset for the reference split)")
     base = nn.Sequential(*[f() for f in stages[:n]])
     rest = stages[n:]
     if not rest:    # the reference split: a module is the tail alone
